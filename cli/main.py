@@ -34,6 +34,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = sub.add_parser("dev", help="every role on an embedded Postgres and NATS")
     dev.add_argument("--data-dir", help="data folder (default NOETL_DATA_DIR, ./.noetl)")
+
+    outbox = sub.add_parser("outbox", help="outbox operations").add_subparsers(
+        dest="outbox_command", metavar="ACTION", required=True
+    )
+    requeue = outbox.add_parser("requeue-dead", help="move dead-letter rows back into the outbox")
+    requeue.add_argument("ids", nargs="*", help="outbox ids (default: every dead row)")
+
+    projector = sub.add_parser("projector", help="projector operations").add_subparsers(
+        dest="projector_command", metavar="ACTION", required=True
+    )
+    report = projector.add_parser("report", help="per-playbook report from the read models")
+    report.add_argument(
+        "--from", dest="date_from", help="first day, YYYY-MM-DD (default: 7 days ago)"
+    )
+    report.add_argument("--to", dest="date_to", help="last day, YYYY-MM-DD (default: today)")
     return parser
 
 
@@ -54,6 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         from cli.dev import run_dev
 
         return run_dev(settings, args.data_dir)
+    if args.command == "outbox":
+        from workers.publisher import requeue_dead_command
+
+        return requeue_dead_command(settings, args.ids)
+    if args.command == "projector":
+        from workers.projector import report_command
+
+        return report_command(settings, args.date_from, args.date_to)
     if args.mode is None:
         build_parser().print_usage(sys.stderr)
         print("noetl-server: give --mode or a command", file=sys.stderr)
@@ -99,11 +122,13 @@ def run_role(mode: str, settings: Settings) -> int:
         from app.serve import serve
 
         return serve(settings)
-    from workers.daemon import Daemon
-    from workers.placeholder import idle_main
+    import importlib
 
+    from workers.daemon import Daemon
+
+    role_module = importlib.import_module(f"workers.{mode}")
     daemon = Daemon(mode, settings)
-    return asyncio.run(daemon.run(idle_main(database=mode != "system")))
+    return asyncio.run(daemon.run(role_module.main))
 
 
 if __name__ == "__main__":

@@ -111,3 +111,18 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture
+async def clean_nats(nats_url: str) -> str:
+    """The session's NATS with every stream deleted, so a test starts from an empty JetStream."""
+    import nats
+
+    client = await nats.connect(nats_url)
+    try:
+        js = client.jetstream()
+        for name in await js.streams_info():
+            await js.delete_stream(name.config.name)
+    finally:
+        await client.close()
+    return nats_url

@@ -1,0 +1,24 @@
+"""Outbox relay: outbox_claim, outbox_complete, outbox_requeue_dead, outbox_stats.
+
+Revision ID: 0002_outbox_relay
+Revises: 0001_foundation
+"""
+
+from migrations.sqlfiles import apply
+
+revision = "0002_outbox_relay"
+down_revision = "0001_foundation"
+branch_labels = None
+depends_on = None
+
+# file name -> sha256 at the time this revision was written (see tests/test_migrations.py)
+SQL_FILES: dict[str, str] = {"outbox.sql": ""}
+DOWNGRADE_SQL_FILES: dict[str, str] = {"downgrade_outbox.sql": ""}
+
+
+def upgrade() -> None:
+    apply(*SQL_FILES)
+
+
+def downgrade() -> None:
+    apply(*DOWNGRADE_SQL_FILES)

@@ -1,0 +1,24 @@
+"""Projection: project_events, read-model folds, playbook_report.
+
+Revision ID: 0003_projection
+Revises: 0002_outbox_relay
+"""
+
+from migrations.sqlfiles import apply
+
+revision = "0003_projection"
+down_revision = "0002_outbox_relay"
+branch_labels = None
+depends_on = None
+
+# file name -> sha256 at the time this revision was written (see tests/test_migrations.py)
+SQL_FILES: dict[str, str] = {"projection.sql": ""}
+DOWNGRADE_SQL_FILES: dict[str, str] = {"downgrade_projection.sql": ""}
+
+
+def upgrade() -> None:
+    apply(*SQL_FILES)
+
+
+def downgrade() -> None:
+    apply(*DOWNGRADE_SQL_FILES)

@@ -1,0 +1,1 @@
+-- undo of outbox.sql (filled by its issue)

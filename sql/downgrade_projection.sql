@@ -1,0 +1,1 @@
+-- undo of projection.sql (filled by its issue)

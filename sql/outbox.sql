@@ -1,0 +1,1 @@
+-- Outbox relay: outbox_claim, outbox_complete, outbox_requeue_dead, outbox_stats (filled by its issue)

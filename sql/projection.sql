@@ -1,0 +1,1 @@
+-- Projection: project_events, read-model folds, playbook_report (filled by its issue)
