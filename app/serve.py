@@ -40,7 +40,7 @@ def serve(settings: Settings) -> int:
         "bind": f"{settings.host}:{settings.port}",
         "workers": settings.server_workers,
         "worker_class": "uvicorn_worker.UvicornWorker",
-        "graceful_timeout": settings.shutdown_grace_seconds,
+        "graceful_timeout": int(settings.shutdown_grace_seconds),  # gunicorn takes whole seconds
         "timeout": 60,
         "keepalive": 5,
         "accesslog": None,

@@ -99,7 +99,9 @@ class EmbeddedPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.socket_dir.mkdir(parents=True, exist_ok=True)
         if self.user:
+            # the unprivileged server user must reach pg/ and the socket folder
             _pg_package().utils.ensure_prefix_permissions(self.data_dir)
+            self.data_dir.chmod(0o755)
             self.socket_dir.chmod(0o777)
         if not (self.pgdata / "PG_VERSION").exists():
             self._initdb()

@@ -8,8 +8,11 @@ each test gets `CREATE DATABASE … TEMPLATE` of it, dropped afterwards.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -27,19 +30,30 @@ TEST_PG_SETTINGS = {
 }
 
 
+def _server_dir(kind: str) -> Iterator[Path]:
+    # not pytest's tmp_path: pytest prunes old basetemp folders, which would pull the socket
+    # and data of a server from under a test session running in parallel
+    path = Path(tempfile.mkdtemp(prefix=f"noetl-test-{kind}-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_admin_url() -> Iterator[str]:
     """URL of a database on the test server from which databases are created and dropped."""
     given = os.environ.get("NOETL_TEST_DATABASE_URL")
     if given:
         yield given
         return
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"), TEST_PG_SETTINGS)
-    server.start()
-    try:
-        yield server.url("postgres")
-    finally:
-        server.stop()
+    for folder in _server_dir("pg"):
+        server = EmbeddedPostgres(folder, TEST_PG_SETTINGS)
+        server.start()
+        try:
+            yield server.url("postgres")
+        finally:
+            server.stop()
 
 
 def _admin(url: str) -> psycopg.Connection:
@@ -100,17 +114,18 @@ def conn(db_url: str) -> Iterator[psycopg.Connection]:
 
 
 @pytest.fixture(scope="session")
-def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def nats_url() -> Iterator[str]:
     given = os.environ.get("NOETL_TEST_NATS_URL")
     if given:
         yield given
         return
-    server = EmbeddedNats(tmp_path_factory.mktemp("nats"))
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    for folder in _server_dir("nats"):
+        server = EmbeddedNats(folder)
+        server.start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
 
 
 @pytest.fixture
