@@ -1,0 +1,1421 @@
+CREATE SCHEMA noetl;
+
+CREATE FUNCTION noetl.append_events(events jsonb) RETURNS TABLE(ord integer, event_id bigint, execution_id bigint, inserted boolean)
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    c_dedup_types  CONSTANT text[] := '{step.exit,command.started,command.completed,command.failed}';
+    c_term_types   CONSTANT text[] := '{call.done,call.error,command.completed,command.failed,command.cancelled}';
+    v_n            integer;
+    v_i            integer;
+    v_e            jsonb;
+    v_meta         jsonb;
+    v_field        text;
+    v_raw          jsonb;
+    v_exec_of      bigint[] := '{}';
+    v_exec_ids     bigint[];
+    -- per-execution state, parallel to v_exec_ids
+    v_x_catalog    bigint[] := '{}';
+    v_x_parent     bigint[] := '{}';
+    v_x_tenant     text[] := '{}';
+    v_x_org        text[] := '{}';
+    v_x_exists     boolean[] := '{}';
+    v_x_last       bigint[] := '{}';
+    v_x_prev       bigint[] := '{}';
+    v_x_bumped     boolean[] := '{}';
+    v_xrow         noetl.execution;
+    v_k            integer;
+    v_x            bigint;
+    -- in-array lookups: producer ids, dedup keys, command.issued ids, terminal flags
+    v_pkeys        text[] := '{}';
+    v_pids         bigint[] := '{}';
+    v_dkeys        text[] := '{}';
+    v_dids         bigint[] := '{}';
+    v_ikeys        text[] := '{}';
+    v_iids         bigint[] := '{}';
+    v_tkeys        text[] := '{}';
+    v_t_any        boolean[] := '{}';
+    v_t_cmd        boolean[] := '{}';
+    v_pos          integer;
+    v_type         text;
+    v_node         text;
+    v_cmd          bigint;
+    v_pid          bigint;
+    v_dkey         text;
+    v_ckey         text;
+    v_dup          bigint;
+    v_id           bigint;
+    v_catalog      bigint;
+    v_parent_event bigint;
+    v_parent_exec  bigint;
+    v_any          boolean;
+    v_cmdterm      boolean;
+    v_status       text;
+    v_row          noetl.event;
+    v_rows         noetl.event[] := '{}';
+    v_count        integer := 0;
+BEGIN
+    IF events IS NULL OR jsonb_typeof(events) <> 'array' THEN
+        RAISE EXCEPTION 'append_events: events must be a JSON array' USING ERRCODE = '22023';
+    END IF;
+    v_n := jsonb_array_length(events);
+
+    -- Pass 1: required fields, and the executions to lock.
+    FOR v_i IN 0 .. v_n - 1 LOOP
+        v_e := events -> v_i;
+        IF jsonb_typeof(v_e) <> 'object' THEN
+            RAISE EXCEPTION 'append_events: events[%] is not an object', v_i USING ERRCODE = '22023';
+        END IF;
+        v_raw := v_e -> 'execution_id';
+        IF v_raw IS NULL OR jsonb_typeof(v_raw) = 'null' THEN
+            RAISE EXCEPTION 'append_events: events[%]: missing required field execution_id', v_i
+                USING ERRCODE = '22023';
+        END IF;
+        v_x := noetl.jsonb_to_id(v_raw);
+        IF v_x IS NULL THEN
+            RAISE EXCEPTION 'append_events: events[%]: invalid id in field execution_id: %', v_i, v_raw
+                USING ERRCODE = '22023';
+        END IF;
+        IF coalesce(v_e ->> 'event_type', '') = '' THEN
+            RAISE EXCEPTION 'append_events: events[%]: missing required field event_type', v_i
+                USING ERRCODE = '22023';
+        END IF;
+        FOREACH v_field IN ARRAY ARRAY['catalog_id', 'parent_event_id', 'parent_execution_id'] LOOP
+            v_raw := v_e -> v_field;
+            IF v_raw IS NOT NULL AND jsonb_typeof(v_raw) <> 'null' AND noetl.jsonb_to_id(v_raw) IS NULL THEN
+                RAISE EXCEPTION 'append_events: events[%]: invalid id in field %: %', v_i, v_field, v_raw
+                    USING ERRCODE = '22023';
+            END IF;
+        END LOOP;
+        v_exec_of[v_i + 1] := v_x;
+    END LOOP;
+
+    SELECT coalesce(array_agg(DISTINCT x ORDER BY x), '{}') INTO v_exec_ids FROM unnest(v_exec_of) AS x;
+
+    -- Ascending order, before any row is read or locked (envelope.md §3.3).
+    FOREACH v_x IN ARRAY v_exec_ids LOOP
+        PERFORM pg_advisory_xact_lock(v_x);
+    END LOOP;
+
+    FOR v_k IN 1 .. coalesce(array_length(v_exec_ids, 1), 0) LOOP
+        v_x := v_exec_ids[v_k];
+        v_xrow := NULL;
+        SELECT * INTO v_xrow FROM noetl.execution x WHERE x.execution_id = v_x;
+        v_x_exists[v_k] := FOUND;
+        v_x_catalog[v_k] := v_xrow.catalog_id;
+        v_x_parent[v_k] := v_xrow.parent_execution_id;
+        v_x_tenant[v_k] := v_xrow.tenant_id;
+        v_x_org[v_k] := v_xrow.organization_id;
+        SELECT max(e.event_id) INTO v_id FROM noetl.event e WHERE e.execution_id = v_x;
+        v_x_prev[v_k] := v_id;
+        v_x_last[v_k] := greatest(coalesce(v_xrow.last_event_id, 0), coalesce(v_id, 0));
+        v_x_bumped[v_k] := false;
+    END LOOP;
+
+    -- Pass 2: dedup, fill, assign ids.
+    FOR v_i IN 0 .. v_n - 1 LOOP
+        v_e := events -> v_i;
+        v_x := v_exec_of[v_i + 1];
+        v_k := array_position(v_exec_ids, v_x);
+        v_type := v_e ->> 'event_type';
+        v_node := v_e ->> 'node_name';
+        v_meta := CASE WHEN jsonb_typeof(v_e -> 'meta') = 'object' THEN v_e -> 'meta' ELSE '{}'::jsonb END;
+        v_cmd := noetl.jsonb_to_id(v_meta -> 'command_id');
+        v_pid := noetl.jsonb_to_id(v_meta -> 'producer_event_id');
+
+        v_dup := NULL;
+        IF v_pid IS NOT NULL THEN
+            v_pos := array_position(v_pkeys, v_x || ':' || v_pid);
+            IF v_pos IS NOT NULL THEN
+                v_dup := v_pids[v_pos];
+            ELSE
+                SELECT e.event_id INTO v_dup FROM noetl.event e
+                 WHERE e.execution_id = v_x AND e.producer_event_id = v_pid;
+            END IF;
+        END IF;
+        v_dkey := NULL;
+        IF v_cmd IS NOT NULL AND (v_type LIKE 'call.%' OR v_type = ANY (c_dedup_types)) THEN
+            v_dkey := jsonb_build_array(v_x::text, v_cmd::text, v_type, v_node)::text;
+            IF v_dup IS NULL THEN
+                v_pos := array_position(v_dkeys, v_dkey);
+                IF v_pos IS NOT NULL THEN
+                    v_dup := v_dids[v_pos];
+                ELSE
+                    SELECT e.event_id INTO v_dup FROM noetl.event e
+                     WHERE e.execution_id = v_x AND e.command_id = v_cmd
+                       AND e.event_type = v_type AND e.node_name IS NOT DISTINCT FROM v_node
+                     ORDER BY e.event_id
+                     LIMIT 1;
+                END IF;
+            END IF;
+        END IF;
+        IF v_dup IS NOT NULL THEN
+            ord := v_i; event_id := v_dup; execution_id := v_x; inserted := false;
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+
+        v_catalog := coalesce(noetl.jsonb_to_id(v_e -> 'catalog_id'), v_x_catalog[v_k]);
+        IF v_catalog IS NULL THEN
+            RAISE EXCEPTION 'append_events: events[%]: missing required field catalog_id (execution % has no noetl.execution row to take it from)', v_i, v_x
+                USING ERRCODE = '22023';
+        END IF;
+        v_parent_exec := coalesce(noetl.jsonb_to_id(v_e -> 'parent_execution_id'), v_x_parent[v_k]);
+
+        v_id := greatest(noetl.snowflake_id(), v_x_last[v_k] + 1);
+
+        -- A worker event's parent is its command's command.issued.
+        v_parent_event := noetl.jsonb_to_id(v_e -> 'parent_event_id');
+        IF v_cmd IS NOT NULL THEN
+            v_ckey := v_x || ':' || v_cmd;
+            IF v_type = 'command.issued' THEN
+                v_ikeys := v_ikeys || v_ckey;
+                v_iids := v_iids || v_id;
+            ELSIF v_parent_event IS NULL THEN
+                v_pos := array_position(v_ikeys, v_ckey);
+                IF v_pos IS NOT NULL THEN
+                    v_parent_event := v_iids[v_pos];
+                ELSE
+                    SELECT c.event_id INTO v_parent_event FROM noetl.command c
+                     WHERE c.execution_id = v_x AND c.command_id = v_cmd;
+                    IF v_parent_event IS NULL THEN
+                        SELECT min(e.event_id) INTO v_parent_event FROM noetl.event e
+                         WHERE e.execution_id = v_x AND e.command_id = v_cmd
+                           AND e.event_type = 'command.issued';
+                    END IF;
+                END IF;
+            END IF;
+
+            IF v_type = ANY (c_term_types) THEN
+                v_pos := array_position(v_tkeys, v_ckey);
+                IF v_pos IS NULL THEN
+                    SELECT count(*) > 0, coalesce(bool_or(e.event_type LIKE 'command.%'), false)
+                      INTO v_any, v_cmdterm
+                      FROM noetl.event e
+                     WHERE e.execution_id = v_x AND e.command_id = v_cmd
+                       AND e.event_type = ANY (c_term_types)
+                       AND NOT e.meta ? 'ignored';
+                    v_tkeys := v_tkeys || v_ckey;
+                    v_t_any := v_t_any || v_any;
+                    v_t_cmd := v_t_cmd || v_cmdterm;
+                    v_pos := array_length(v_tkeys, 1);
+                END IF;
+                IF v_t_cmd[v_pos]
+                   OR (v_t_any[v_pos] AND v_type NOT IN ('command.completed', 'command.failed')) THEN
+                    v_meta := v_meta || '{"ignored": "duplicate_terminal"}'::jsonb;
+                ELSE
+                    v_t_any[v_pos] := true;
+                    v_t_cmd[v_pos] := v_t_cmd[v_pos] OR v_type LIKE 'command.%';
+                END IF;
+            END IF;
+        END IF;
+
+        v_status := nullif(v_e ->> 'status', '');
+        IF v_status IS NULL THEN
+            -- Same rule as the normaliser (§2.3) for an absent status.
+            v_status := CASE
+                WHEN lower(v_type) LIKE '%failed%' OR lower(v_type) LIKE '%error%' THEN 'FAILED'
+                WHEN lower(v_type) LIKE '%completed%' OR lower(v_type) LIKE '%done%'
+                  OR lower(v_type) LIKE '%exit%' THEN 'COMPLETED'
+                ELSE 'RUNNING'
+            END;
+        END IF;
+
+        v_row.event_id := v_id;
+        v_row.execution_id := v_x;
+        v_row.catalog_id := v_catalog;
+        v_row.parent_event_id := v_parent_event;
+        v_row.parent_execution_id := v_parent_exec;
+        v_row.prev_event_id := v_x_prev[v_k];
+        v_row.event_type := v_type;
+        v_row.node_id := coalesce(v_e ->> 'node_id', v_node);
+        v_row.node_name := v_node;
+        v_row.node_type := v_e ->> 'node_type';
+        v_row.status := v_status;
+        v_row.context := nullif(v_e -> 'context', 'null'::jsonb);
+        v_row.result := nullif(v_e -> 'result', 'null'::jsonb);
+        v_row.meta := v_meta;
+        v_row.error := v_e ->> 'error';
+        v_row.duration := (v_e ->> 'duration')::double precision;
+        v_row.worker_id := coalesce(v_e ->> 'worker_id', v_meta ->> 'worker_id');
+        v_row.created_at := coalesce((v_e ->> 'created_at')::timestamptz, now());
+        v_row.tenant_id := coalesce(v_e ->> 'tenant_id', v_x_tenant[v_k], 'default');
+        v_row.organization_id := coalesce(v_e ->> 'organization_id', v_x_org[v_k], 'default');
+        v_row.command_id := v_cmd;
+        v_row.producer_event_id := v_pid;
+        v_count := v_count + 1;
+        v_rows[v_count] := v_row;
+
+        v_x_last[v_k] := v_id;
+        v_x_prev[v_k] := v_id;
+        v_x_bumped[v_k] := true;
+        IF v_pid IS NOT NULL THEN
+            v_pkeys := v_pkeys || (v_x || ':' || v_pid);
+            v_pids := v_pids || v_id;
+        END IF;
+        IF v_dkey IS NOT NULL THEN
+            v_dkeys := v_dkeys || v_dkey;
+            v_dids := v_dids || v_id;
+        END IF;
+
+        ord := v_i; event_id := v_id; execution_id := v_x; inserted := true;
+        RETURN NEXT;
+    END LOOP;
+
+    IF v_count > 0 THEN
+        INSERT INTO noetl.event SELECT * FROM unnest(v_rows);
+        FOR v_k IN 1 .. coalesce(array_length(v_exec_ids, 1), 0) LOOP
+            IF v_x_bumped[v_k] AND v_x_exists[v_k] THEN
+                UPDATE noetl.execution x
+                   SET last_event_id = greatest(x.last_event_id, v_x_last[v_k])
+                 WHERE x.execution_id = v_exec_ids[v_k];
+            END IF;
+        END LOOP;
+    END IF;
+END
+$$;
+
+CREATE FUNCTION noetl.catalog_archive(path text, version integer) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_changed integer;
+BEGIN
+    PERFORM pg_advisory_xact_lock(1313817857, hashtext(catalog_archive.path));
+    UPDATE noetl.catalog c
+       SET archived_at = now()
+     WHERE c.path = catalog_archive.path
+       AND (catalog_archive.version IS NULL OR c.version = catalog_archive.version)
+       AND c.archived_at IS NULL;
+    GET DIAGNOSTICS v_changed = ROW_COUNT;
+    IF v_changed > 0 THEN
+        PERFORM pg_notify('noetl_catalog', format('{"path":%s}', to_json(catalog_archive.path)));
+    END IF;
+    RETURN v_changed;
+END
+$$;
+
+CREATE FUNCTION noetl.snowflake_id() RETURNS bigint
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_node    bigint := coalesce(nullif(current_setting('noetl.node_id', true), '')::bigint, 1);
+    v_last    bigint := coalesce(nullif(current_setting('noetl._last_snowflake', true), '')::bigint, 0);
+    v_last_ms bigint := v_last >> 22;
+    v_before  bigint;
+    v_ms      bigint;
+    v_seq     bigint;
+    v_id      bigint;
+BEGIN
+    IF v_node < 0 OR v_node > 1023 THEN
+        RAISE EXCEPTION 'noetl.node_id must be 0..1023, got %', v_node USING ERRCODE = '22023';
+    END IF;
+    LOOP
+        v_before := floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint - 1704067200000;
+        v_seq := nextval('noetl.snowflake_seq') & 4095;
+        v_ms := floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint - 1704067200000;
+        CONTINUE WHEN v_ms <> v_before;
+        v_id := (v_ms << 22) | (v_node << 12) | v_seq;
+        EXIT WHEN v_id > v_last;
+        IF v_ms < v_last_ms THEN
+            -- The clock went back: keep the last millisecond (or the one after it).
+            v_id := (v_last_ms << 22) | (v_node << 12) | v_seq;
+            IF v_id <= v_last THEN
+                v_id := ((v_last_ms + 1) << 22) | (v_node << 12) | v_seq;
+            END IF;
+            EXIT;
+        END IF;
+        -- Same millisecond, sequence wrapped: wait for the next millisecond, then draw again.
+        WHILE floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint - 1704067200000 <= v_last_ms LOOP
+        END LOOP;
+    END LOOP;
+    PERFORM set_config('noetl._last_snowflake', v_id::text, false);
+    RETURN v_id;
+END
+$$;
+
+CREATE TABLE noetl.catalog (
+    catalog_id bigint DEFAULT noetl.snowflake_id() NOT NULL,
+    path text NOT NULL,
+    version integer NOT NULL,
+    kind text NOT NULL,
+    content text,
+    payload jsonb,
+    layout jsonb,
+    meta jsonb,
+    credential_id bigint,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    archived_at timestamp with time zone
+);
+
+CREATE FUNCTION noetl.catalog_get(catalog_id bigint) RETURNS SETOF noetl.catalog
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT * FROM noetl.catalog c WHERE c.catalog_id = catalog_get.catalog_id
+$$;
+
+CREATE FUNCTION noetl.catalog_latest(path text) RETURNS SETOF noetl.catalog
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT * FROM noetl.catalog c
+     WHERE c.path = catalog_latest.path AND c.archived_at IS NULL
+     ORDER BY c.version DESC
+     LIMIT 1
+$$;
+
+CREATE FUNCTION noetl.catalog_register(path text, kind text, content text, payload jsonb, layout jsonb, meta jsonb) RETURNS TABLE(catalog_id bigint, version integer)
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_version integer;
+BEGIN
+    PERFORM pg_advisory_xact_lock(1313817857, hashtext(catalog_register.path));
+    INSERT INTO noetl.resource (name) VALUES (catalog_register.kind) ON CONFLICT (name) DO NOTHING;
+    SELECT coalesce(max(c.version), 0) + 1 INTO v_version
+      FROM noetl.catalog c WHERE c.path = catalog_register.path;
+    RETURN QUERY
+    INSERT INTO noetl.catalog AS c (path, version, kind, content, payload, layout, meta)
+    VALUES (catalog_register.path, v_version, catalog_register.kind, catalog_register.content,
+            catalog_register.payload, catalog_register.layout, catalog_register.meta)
+    RETURNING c.catalog_id, c.version;
+    PERFORM pg_notify('noetl_catalog', format('{"path":%s}', to_json(catalog_register.path)));
+END
+$$;
+
+CREATE FUNCTION noetl.catalog_restore(path text, version integer) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_changed integer;
+BEGIN
+    PERFORM pg_advisory_xact_lock(1313817857, hashtext(catalog_restore.path));
+    UPDATE noetl.catalog c
+       SET archived_at = NULL
+     WHERE c.path = catalog_restore.path
+       AND (catalog_restore.version IS NULL OR c.version = catalog_restore.version)
+       AND c.archived_at IS NOT NULL;
+    GET DIAGNOSTICS v_changed = ROW_COUNT;
+    IF v_changed > 0 THEN
+        PERFORM pg_notify('noetl_catalog', format('{"path":%s}', to_json(catalog_restore.path)));
+    END IF;
+    RETURN v_changed;
+END
+$$;
+
+CREATE FUNCTION noetl.catalog_version(path text, version integer) RETURNS SETOF noetl.catalog
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT * FROM noetl.catalog c
+     WHERE c.path = catalog_version.path AND c.version = catalog_version.version
+$$;
+
+CREATE FUNCTION noetl.command_outbox_trigger() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    INSERT INTO noetl.event_outbox (execution_id, kind, source_id, lane, subject, msg_id, headers, payload)
+    SELECT n.execution_id, 'command', n.event_id, noetl.outbox_lane(n.execution_id),
+           'noetl.commands.' || n.pool || '.' || n.execution_id,
+           'command:' || n.event_id,
+           jsonb_build_object('Noetl-Event-Type', 'command.issued',
+                              'Noetl-Execution-Id', n.execution_id::text),
+           jsonb_build_object('execution_id', n.execution_id,
+                              'event_id', n.event_id,
+                              'command_id', n.command_id::text,
+                              'step', n.step_name,
+                              'pool', n.pool,
+                              'execution_pool', n.pool)
+      FROM new_rows n
+     ORDER BY n.event_id;
+    IF FOUND THEN
+        PERFORM pg_notify('noetl_outbox', '');
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION noetl.duration_bounds() RETURNS bigint[]
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT '{100,250,500,1000,2500,5000,10000,30000,60000,120000,300000,600000,1800000,3600000,10800000,43200000,86400000}'::bigint[]
+$$;
+
+CREATE FUNCTION noetl.duration_bucket(ms double precision) RETURNS integer
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    AS $$
+    SELECT coalesce(
+        (SELECT b.i::integer - 1
+           FROM unnest(noetl.duration_bounds()) WITH ORDINALITY AS b(upper_ms, i)
+          WHERE ms <= b.upper_ms
+          ORDER BY b.i
+          LIMIT 1),
+        17)
+$$;
+
+CREATE TABLE noetl.event (
+    event_id bigint NOT NULL,
+    execution_id bigint NOT NULL,
+    catalog_id bigint NOT NULL,
+    parent_event_id bigint,
+    parent_execution_id bigint,
+    prev_event_id bigint,
+    event_type text NOT NULL,
+    node_id text,
+    node_name text,
+    node_type text,
+    status text NOT NULL,
+    context jsonb,
+    result jsonb,
+    meta jsonb DEFAULT '{}'::jsonb NOT NULL,
+    error text,
+    duration double precision,
+    worker_id text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    tenant_id text DEFAULT 'default'::text NOT NULL,
+    organization_id text DEFAULT 'default'::text NOT NULL,
+    command_id bigint,
+    producer_event_id bigint
+)
+PARTITION BY RANGE (execution_id);
+
+CREATE FUNCTION noetl.event_envelope(ev noetl.event) RETURNS jsonb
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT jsonb_build_object(
+        'event_id', ev.event_id::text,
+        'execution_id', ev.execution_id::text,
+        'catalog_id', ev.catalog_id::text,
+        'parent_event_id', ev.parent_event_id::text,
+        'parent_execution_id', ev.parent_execution_id::text,
+        'prev_event_id', ev.prev_event_id::text,
+        'event_type', ev.event_type,
+        'node_id', ev.node_id,
+        'node_name', ev.node_name,
+        'node_type', ev.node_type,
+        'status', ev.status,
+        'context', ev.context,
+        'result', ev.result,
+        'meta', ev.meta,
+        'error', ev.error,
+        'duration', ev.duration,
+        'worker_id', ev.worker_id,
+        'created_at', noetl.rfc3339(ev.created_at),
+        'tenant_id', ev.tenant_id,
+        'organization_id', ev.organization_id,
+        'payload_ref', NULL
+    )
+$$;
+
+CREATE FUNCTION noetl.event_notify_trigger() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_execs integer;
+BEGIN
+    SELECT count(DISTINCT n.execution_id) INTO v_execs FROM new_rows n;
+    IF v_execs > 100 THEN
+        PERFORM pg_notify('noetl_event', '{"execution_id":"*"}');
+    ELSIF v_execs > 0 THEN
+        PERFORM pg_notify('noetl_event',
+                          format('{"execution_id":"%s","event_id":"%s","count":%s,"terminal":%s}',
+                                 s.execution_id, s.max_event_id, s.n,
+                                 CASE WHEN s.terminal THEN 'true' ELSE 'false' END))
+           FROM (SELECT n.execution_id, max(n.event_id) AS max_event_id, count(*) AS n,
+                        bool_or(n.event_type IN ('playbook.completed', 'workflow.completed',
+                                                 'playbook.failed', 'workflow.failed',
+                                                 'execution.cancelled')) AS terminal
+                   FROM new_rows n
+                  GROUP BY n.execution_id
+                  ORDER BY n.execution_id) s;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION noetl.event_outbox_trigger() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF current_setting('noetl.outbox_suppress', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO noetl.event_outbox (execution_id, kind, source_id, lane, subject, msg_id, headers, payload)
+    SELECT n.execution_id, 'event', n.event_id, noetl.outbox_lane(n.execution_id), NULL,
+           'event:' || n.event_id,
+           jsonb_build_object('Noetl-Event-Type', n.event_type,
+                              'Noetl-Execution-Id', n.execution_id::text),
+           noetl.event_envelope(n)
+      FROM new_rows n
+     ORDER BY n.event_id;
+    IF FOUND THEN
+        PERFORM pg_notify('noetl_outbox', '');
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION noetl.event_partition_drop(before timestamp with time zone) RETURNS SETOF text
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_bound bigint := least(
+        noetl.snowflake_floor(before),
+        noetl.snowflake_floor(date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'));
+    v_name  text;
+BEGIN
+    PERFORM pg_advisory_xact_lock(1313817859, 0);
+    FOR v_name IN
+        SELECT p.partition_name FROM noetl.event_partitions() p
+         WHERE p.upper_bound <= v_bound
+         ORDER BY p.upper_bound
+    LOOP
+        EXECUTE format('DROP TABLE noetl.%I', v_name);
+        RETURN NEXT v_name;
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION noetl.event_partition_ensure(months_ahead integer DEFAULT 3) RETURNS SETOF text
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_month timestamp := date_trunc('month', now() AT TIME ZONE 'UTC');
+    v_name  text;
+    v_lo    bigint;
+    v_hi    bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock(1313817859, 0);
+    FOR i IN 0 .. greatest(coalesce(months_ahead, 3), 0) LOOP
+        v_name := 'event_' || to_char(v_month, 'YYYY_MM');
+        v_lo := noetl.snowflake_floor(v_month AT TIME ZONE 'UTC');
+        v_hi := noetl.snowflake_floor((v_month + interval '1 month') AT TIME ZONE 'UTC');
+        IF to_regclass(format('noetl.%I', v_name)) IS NULL THEN
+            -- Postgres would refuse too, but with a message that does not say what to do.
+            IF EXISTS (SELECT 1 FROM noetl.event_default d
+                        WHERE d.execution_id >= v_lo AND d.execution_id < v_hi) THEN
+                RAISE EXCEPTION 'noetl.event_default holds rows for %, so partition % cannot be created; move them out of event_default first',
+                    to_char(v_month, 'YYYY-MM'), v_name
+                    USING ERRCODE = '55000';
+            END IF;
+            EXECUTE format('CREATE TABLE noetl.%I PARTITION OF noetl.event FOR VALUES FROM (%L) TO (%L)',
+                           v_name, v_lo, v_hi);
+            RETURN NEXT v_name;
+        END IF;
+        v_month := v_month + interval '1 month';
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION noetl.event_partitions() RETURNS TABLE(partition_name text, lower_bound bigint, upper_bound bigint)
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT c.relname::text,
+           substring(b.expr FROM 'FROM \(''?(-?[0-9]+)''?\)')::bigint,
+           substring(b.expr FROM 'TO \(''?(-?[0-9]+)''?\)')::bigint
+      FROM pg_inherits i
+      JOIN pg_class c ON c.oid = i.inhrelid
+      CROSS JOIN LATERAL (SELECT pg_get_expr(c.relpartbound, c.oid) AS expr) b
+     WHERE i.inhparent = 'noetl.event'::regclass
+       AND b.expr <> 'DEFAULT'
+$$;
+
+CREATE FUNCTION noetl.execution_save(execution_id bigint, catalog_id bigint, parent_execution_id bigint, status text, state jsonb, last_event_id bigint, last_event_type text, last_node_name text, error text) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    c_terminal CONSTANT text[] := '{COMPLETED,FAILED,CANCELLED}';
+    v_status   text;
+BEGIN
+    INSERT INTO noetl.execution AS x (
+        execution_id, catalog_id, parent_execution_id, pool, status, state,
+        last_event_id, last_event_type, last_node_name, start_time, end_time, error,
+        created_at, updated_at)
+    VALUES (
+        execution_save.execution_id,
+        -- NOT NULL is checked before ON CONFLICT, so an update without catalog_id needs the
+        -- stored one here.
+        coalesce(execution_save.catalog_id,
+                 (SELECT s.catalog_id FROM noetl.execution s
+                   WHERE s.execution_id = execution_save.execution_id)),
+        execution_save.parent_execution_id,
+        'default', coalesce(execution_save.status, 'RUNNING'), coalesce(execution_save.state, '{}'),
+        coalesce(execution_save.last_event_id, 0), execution_save.last_event_type,
+        execution_save.last_node_name, now(),
+        CASE WHEN execution_save.status = ANY (c_terminal) THEN now() END,
+        execution_save.error, now(), now())
+    ON CONFLICT (execution_id) DO UPDATE SET
+        catalog_id = coalesce(execution_save.catalog_id, x.catalog_id),
+        parent_execution_id = coalesce(execution_save.parent_execution_id, x.parent_execution_id),
+        status = CASE WHEN x.status = ANY (c_terminal) THEN x.status
+                      ELSE coalesce(execution_save.status, x.status) END,
+        end_time = CASE WHEN x.status = ANY (c_terminal) THEN x.end_time
+                        WHEN execution_save.status = ANY (c_terminal) THEN coalesce(x.end_time, now())
+                        ELSE x.end_time END,
+        error = CASE WHEN x.status = ANY (c_terminal) THEN x.error
+                     ELSE coalesce(execution_save.error, x.error) END,
+        state = coalesce(execution_save.state, x.state),
+        last_event_id = greatest(x.last_event_id, execution_save.last_event_id),
+        last_event_type = coalesce(execution_save.last_event_type, x.last_event_type),
+        last_node_name = coalesce(execution_save.last_node_name, x.last_node_name),
+        updated_at = now()
+    RETURNING x.status INTO v_status;
+    RETURN v_status;
+END
+$$;
+
+CREATE FUNCTION noetl.hist_add(a bigint[], b bigint[]) RETURNS bigint[]
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    AS $$
+    SELECT coalesce(array_agg(coalesce(a[i], 0) + coalesce(b[i], 0) ORDER BY i), '{}')
+      FROM generate_series(1, greatest(cardinality(a), cardinality(b))) AS i
+$$;
+
+CREATE FUNCTION noetl.hist_quantile(hist bigint[], q double precision) RETURNS double precision
+    LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+    AS $$
+DECLARE
+    v_bounds bigint[] := noetl.duration_bounds();
+    v_total  numeric := 0;
+    v_rank   numeric;
+    v_cum    numeric := 0;
+    v_count  numeric;
+    v_lower  double precision;
+    v_upper  double precision;
+    i        integer;
+BEGIN
+    SELECT coalesce(sum(c), 0) INTO v_total FROM unnest(hist) AS c;
+    IF v_total <= 0 THEN
+        RETURN NULL;
+    END IF;
+    v_rank := greatest(0.0, least(1.0, q))::numeric * v_total;
+    FOR i IN 1 .. coalesce(array_length(hist, 1), 0) LOOP
+        v_count := coalesce(hist[i], 0);
+        IF v_count > 0 AND v_cum + v_count >= v_rank THEN
+            v_lower := CASE WHEN i = 1 THEN 0 ELSE v_bounds[i - 1] END;
+            IF i > cardinality(v_bounds) THEN
+                RETURN v_lower;
+            END IF;
+            v_upper := v_bounds[i];
+            RETURN v_lower + (v_upper - v_lower) * ((v_rank - v_cum) / v_count)::double precision;
+        END IF;
+        v_cum := v_cum + v_count;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION noetl.jsonb_to_id(v jsonb) RETURNS bigint
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $_$
+    SELECT CASE
+        WHEN v IS NULL OR jsonb_typeof(v) NOT IN ('string', 'number') THEN NULL
+        WHEN (v #>> '{}') !~ '^[0-9]{1,19}$' THEN NULL
+        WHEN (v #>> '{}')::numeric BETWEEN 1 AND 9223372036854775807 THEN (v #>> '{}')::bigint
+    END
+$_$;
+
+CREATE FUNCTION noetl.lease_acquire(name text, holder text, ttl_s double precision) RETURNS boolean
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_now timestamptz := clock_timestamp();
+BEGIN
+    INSERT INTO noetl.runtime AS r (kind, name, status, lease_holder, lease_until, heartbeat,
+                                    created_at, updated_at)
+    VALUES ('lease', lease_acquire.name, 'ready', lease_acquire.holder,
+            v_now + make_interval(secs => lease_acquire.ttl_s), v_now, v_now, v_now)
+    ON CONFLICT (kind, name) DO UPDATE SET
+        lease_holder = excluded.lease_holder,
+        lease_until = excluded.lease_until,
+        heartbeat = v_now,
+        updated_at = v_now
+    WHERE r.lease_holder IS NULL
+       OR r.lease_until IS NULL
+       OR r.lease_until <= v_now
+       OR r.lease_holder = excluded.lease_holder;
+    RETURN FOUND;
+END
+$$;
+
+CREATE FUNCTION noetl.lease_release(name text, holder text) RETURNS boolean
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+BEGIN
+    UPDATE noetl.runtime r
+       SET lease_holder = NULL, lease_until = NULL, updated_at = clock_timestamp()
+     WHERE r.kind = 'lease' AND r.name = lease_release.name AND r.lease_holder = lease_release.holder;
+    RETURN FOUND;
+END
+$$;
+
+CREATE FUNCTION noetl.maintenance_cleanup(dead_letter_days integer) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_rows  integer;
+    v_total integer := 0;
+BEGIN
+    DELETE FROM noetl.keychain WHERE expires_at < now() AND NOT auto_renew;
+    GET DIAGNOSTICS v_rows = ROW_COUNT; v_total := v_total + v_rows;
+    IF dead_letter_days IS NOT NULL AND dead_letter_days > 0 THEN
+        DELETE FROM noetl.event_outbox_dead
+         WHERE dead_at < now() - make_interval(days => dead_letter_days);
+        GET DIAGNOSTICS v_rows = ROW_COUNT; v_total := v_total + v_rows;
+        DELETE FROM noetl.projector_reject
+         WHERE received_at < now() - make_interval(days => dead_letter_days);
+        GET DIAGNOSTICS v_rows = ROW_COUNT; v_total := v_total + v_rows;
+    END IF;
+    RETURN v_total;
+END
+$$;
+
+CREATE FUNCTION noetl.maintenance_finalize_abandoned(age_s integer) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    c_reason   CONSTANT text := 'Abandoned or timed out';
+    v_cutoff   timestamptz := now() - make_interval(secs => greatest(coalesce(age_s, 0), 0));
+    v_x        noetl.execution;
+    v_events   jsonb;
+    v_last_id  bigint;
+    v_done     integer := 0;
+BEGIN
+    FOR v_x IN
+        SELECT * FROM noetl.execution x
+         WHERE x.status = 'RUNNING'
+           AND greatest(x.updated_at, noetl.snowflake_time(nullif(x.last_event_id, 0))) < v_cutoff
+         ORDER BY x.execution_id
+    LOOP
+        PERFORM pg_advisory_xact_lock(v_x.execution_id);
+        -- Re-read under the lock: an engine pass may have moved it meanwhile.
+        SELECT * INTO v_x FROM noetl.execution x WHERE x.execution_id = v_x.execution_id;
+        CONTINUE WHEN v_x.status <> 'RUNNING'
+            OR greatest(v_x.updated_at, noetl.snowflake_time(nullif(v_x.last_event_id, 0))) >= v_cutoff
+            OR EXISTS (SELECT 1 FROM noetl.event e
+                        WHERE e.execution_id = v_x.execution_id
+                          AND e.event_type IN ('playbook.completed', 'workflow.completed',
+                                               'playbook.failed', 'workflow.failed',
+                                               'execution.cancelled'));
+
+        SELECT coalesce(jsonb_agg(jsonb_build_object(
+                   'execution_id', c.execution_id::text,
+                   'event_type', 'command.cancelled',
+                   'node_name', c.step_name,
+                   'node_type', c.tool_kind,
+                   'status', 'CANCELLED',
+                   'context', jsonb_build_object('command_id', c.command_id::text, 'reason', c_reason),
+                   'meta', jsonb_build_object('command_id', c.command_id::text, 'reason', c_reason,
+                                              'cancelled_by', 'system'),
+                   'parent_event_id', c.event_id::text)
+                 ORDER BY c.command_id), '[]'::jsonb)
+          INTO v_events
+          FROM noetl.command c
+         WHERE c.execution_id = v_x.execution_id
+           AND c.status IN ('PENDING', 'CLAIMED', 'RUNNING');
+
+        v_events := v_events || jsonb_build_array(jsonb_build_object(
+            'execution_id', v_x.execution_id::text,
+            'event_type', 'playbook.failed',
+            'node_name', 'finalize',
+            'status', 'FAILED',
+            'error', c_reason,
+            'context', jsonb_build_object('reason', c_reason),
+            'meta', jsonb_build_object('reason', c_reason, 'finalized_by', 'system')));
+
+        SELECT max(a.event_id) INTO v_last_id FROM noetl.append_events(v_events) a;
+
+        UPDATE noetl.command c
+           SET status = 'CANCELLED', completed_at = now(), error = c_reason, updated_at = now(),
+               latest_event_id = (SELECT max(e.event_id) FROM noetl.event e
+                                   WHERE e.execution_id = c.execution_id
+                                     AND e.command_id = c.command_id)
+         WHERE c.execution_id = v_x.execution_id
+           AND c.status IN ('PENDING', 'CLAIMED', 'RUNNING');
+
+        PERFORM noetl.execution_save(v_x.execution_id, NULL, NULL, 'FAILED', NULL,
+                                     v_last_id, 'playbook.failed', 'finalize', c_reason);
+
+        -- Local keychain entries live as long as their execution (api.md §10).
+        DELETE FROM noetl.keychain k
+         WHERE k.execution_id = v_x.execution_id AND k.scope_type = 'local';
+
+        v_done := v_done + 1;
+    END LOOP;
+    RETURN v_done;
+END
+$$;
+
+CREATE FUNCTION noetl.maintenance_partitions(months_ahead integer) RETURNS integer
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    SELECT count(*)::integer FROM noetl.event_partition_ensure(coalesce(months_ahead, 3))
+$$;
+
+CREATE FUNCTION noetl.maintenance_retention(days integer) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_before  timestamptz;
+    v_dropped integer;
+BEGIN
+    IF days IS NULL OR days <= 0 THEN
+        RETURN 0;
+    END IF;
+    v_before := now() - make_interval(days => days);
+    SELECT count(*) INTO v_dropped FROM noetl.event_partition_drop(v_before);
+    RETURN v_dropped + noetl.purge_executions(v_before);
+END
+$$;
+
+CREATE FUNCTION noetl.outbox_lane(execution_id bigint) RETURNS smallint
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    AS $$
+    SELECT (hashint8(execution_id) & 15)::smallint
+$$;
+
+CREATE FUNCTION noetl.purge_executions(before timestamp with time zone) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_bound bigint := noetl.snowflake_floor(before);
+    v_rows  integer;
+    v_total integer := 0;
+BEGIN
+    DELETE FROM noetl.command WHERE execution_id < v_bound;
+    GET DIAGNOSTICS v_rows = ROW_COUNT; v_total := v_total + v_rows;
+    DELETE FROM noetl.transient WHERE execution_id < v_bound;
+    GET DIAGNOSTICS v_rows = ROW_COUNT; v_total := v_total + v_rows;
+    DELETE FROM noetl.event_batch WHERE execution_id < v_bound;
+    GET DIAGNOSTICS v_rows = ROW_COUNT; v_total := v_total + v_rows;
+    DELETE FROM noetl.step_run WHERE execution_id < v_bound;
+    GET DIAGNOSTICS v_rows = ROW_COUNT; v_total := v_total + v_rows;
+    DELETE FROM noetl.execution_summary WHERE execution_id < v_bound;
+    GET DIAGNOSTICS v_rows = ROW_COUNT; v_total := v_total + v_rows;
+    DELETE FROM noetl.execution WHERE execution_id < v_bound;
+    GET DIAGNOSTICS v_rows = ROW_COUNT; v_total := v_total + v_rows;
+    RETURN v_total;
+END
+$$;
+
+CREATE FUNCTION noetl.rfc3339(ts timestamp with time zone) RETURNS text
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    AS $$
+    SELECT to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+$$;
+
+CREATE FUNCTION noetl.snowflake_floor(ts timestamp with time zone) RETURNS bigint
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    AS $$
+    SELECT (floor(extract(epoch FROM ts) * 1000)::bigint - 1704067200000) << 22
+$$;
+
+CREATE FUNCTION noetl.snowflake_time(id bigint) RETURNS timestamp with time zone
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    AS $$
+    SELECT timestamptz '2024-01-01 00:00:00+00' + (id >> 22) * interval '1 millisecond'
+$$;
+
+CREATE AGGREGATE noetl.hist_sum(bigint[]) (
+    SFUNC = noetl.hist_add,
+    STYPE = bigint[],
+    COMBINEFUNC = noetl.hist_add,
+    PARALLEL = safe
+);
+
+CREATE TABLE noetl.alembic_version (
+    version_num character varying(32) NOT NULL
+);
+
+CREATE TABLE noetl.command (
+    execution_id bigint NOT NULL,
+    command_id bigint NOT NULL,
+    event_id bigint NOT NULL,
+    catalog_id bigint NOT NULL,
+    parent_execution_id bigint,
+    parent_command_id bigint,
+    step_name text NOT NULL,
+    tool_kind text NOT NULL,
+    pool text NOT NULL,
+    status text DEFAULT 'PENDING'::text NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    worker_id text,
+    claimed_at timestamp with time zone,
+    heartbeat_at timestamp with time zone,
+    started_at timestamp with time zone,
+    completed_at timestamp with time zone,
+    context jsonb NOT NULL,
+    meta jsonb DEFAULT '{}'::jsonb NOT NULL,
+    result jsonb,
+    error text,
+    latest_event_id bigint,
+    notify_count integer DEFAULT 0 NOT NULL,
+    notified_at timestamp with time zone DEFAULT now() NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+CREATE TABLE noetl.credential (
+    id bigint DEFAULT noetl.snowflake_id() NOT NULL,
+    name text NOT NULL,
+    type text NOT NULL,
+    data_encrypted text NOT NULL,
+    schema jsonb,
+    meta jsonb,
+    tags text[],
+    description text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+CREATE TABLE noetl.event_batch (
+    execution_id bigint NOT NULL,
+    request_id bigint DEFAULT noetl.snowflake_id() NOT NULL,
+    idempotency_key text,
+    body_sha256 text,
+    state text NOT NULL,
+    event_ids bigint[] NOT NULL,
+    commands_generated integer DEFAULT 0 NOT NULL,
+    error_code text,
+    message text,
+    claimed_by text,
+    lease_until timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+CREATE TABLE noetl.event_default (
+    event_id bigint CONSTRAINT event_event_id_not_null NOT NULL,
+    execution_id bigint CONSTRAINT event_execution_id_not_null NOT NULL,
+    catalog_id bigint CONSTRAINT event_catalog_id_not_null NOT NULL,
+    parent_event_id bigint,
+    parent_execution_id bigint,
+    prev_event_id bigint,
+    event_type text CONSTRAINT event_event_type_not_null NOT NULL,
+    node_id text,
+    node_name text,
+    node_type text,
+    status text CONSTRAINT event_status_not_null NOT NULL,
+    context jsonb,
+    result jsonb,
+    meta jsonb DEFAULT '{}'::jsonb CONSTRAINT event_meta_not_null NOT NULL,
+    error text,
+    duration double precision,
+    worker_id text,
+    created_at timestamp with time zone DEFAULT now() CONSTRAINT event_created_at_not_null NOT NULL,
+    tenant_id text DEFAULT 'default'::text CONSTRAINT event_tenant_id_not_null NOT NULL,
+    organization_id text DEFAULT 'default'::text CONSTRAINT event_organization_id_not_null NOT NULL,
+    command_id bigint,
+    producer_event_id bigint
+);
+
+CREATE TABLE noetl.event_outbox (
+    outbox_id bigint NOT NULL,
+    execution_id bigint NOT NULL,
+    kind text NOT NULL,
+    source_id bigint NOT NULL,
+    lane smallint NOT NULL,
+    subject text,
+    msg_id text NOT NULL,
+    headers jsonb DEFAULT '{}'::jsonb NOT NULL,
+    payload jsonb NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    available_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_error text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+)
+WITH (autovacuum_vacuum_scale_factor='0.0', autovacuum_vacuum_threshold='1000', autovacuum_vacuum_insert_scale_factor='0.0', autovacuum_vacuum_insert_threshold='1000', autovacuum_analyze_scale_factor='0.0', autovacuum_analyze_threshold='1000', autovacuum_vacuum_cost_delay='0', fillfactor='90');
+
+CREATE TABLE noetl.event_outbox_dead (
+    outbox_id bigint NOT NULL,
+    execution_id bigint NOT NULL,
+    kind text NOT NULL,
+    source_id bigint NOT NULL,
+    lane smallint NOT NULL,
+    subject text,
+    msg_id text NOT NULL,
+    headers jsonb DEFAULT '{}'::jsonb NOT NULL,
+    payload jsonb NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    available_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_error text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    reason text NOT NULL,
+    dead_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+ALTER TABLE noetl.event_outbox ALTER COLUMN outbox_id ADD GENERATED BY DEFAULT AS IDENTITY (
+    SEQUENCE NAME noetl.event_outbox_outbox_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+CREATE TABLE noetl.execution (
+    execution_id bigint NOT NULL,
+    catalog_id bigint NOT NULL,
+    parent_execution_id bigint,
+    parent_event_id bigint,
+    tenant_id text DEFAULT 'default'::text NOT NULL,
+    organization_id text DEFAULT 'default'::text NOT NULL,
+    pool text NOT NULL,
+    status text NOT NULL,
+    state jsonb DEFAULT '{}'::jsonb NOT NULL,
+    last_event_id bigint NOT NULL,
+    last_event_type text,
+    last_node_name text,
+    start_time timestamp with time zone NOT NULL,
+    end_time timestamp with time zone,
+    error text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+CREATE TABLE noetl.execution_summary (
+    execution_id bigint NOT NULL,
+    catalog_id bigint NOT NULL,
+    parent_execution_id bigint,
+    tenant_id text NOT NULL,
+    organization_id text NOT NULL,
+    day date NOT NULL,
+    status text NOT NULL,
+    started_at timestamp with time zone NOT NULL,
+    ended_at timestamp with time zone,
+    duration_ms bigint,
+    first_event_id bigint NOT NULL,
+    last_event_id bigint NOT NULL,
+    last_event_type text,
+    last_node_name text,
+    terminal_event_id bigint,
+    error text
+);
+
+CREATE TABLE noetl.keychain (
+    cache_key text NOT NULL,
+    keychain_name text NOT NULL,
+    catalog_id bigint NOT NULL,
+    credential_type text NOT NULL,
+    cache_type text NOT NULL,
+    scope_type text NOT NULL,
+    execution_id bigint,
+    parent_execution_id bigint,
+    data_encrypted text NOT NULL,
+    schema jsonb,
+    renew_config text,
+    expires_at timestamp with time zone NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    accessed_at timestamp with time zone DEFAULT now() NOT NULL,
+    access_count integer DEFAULT 0 NOT NULL,
+    auto_renew boolean DEFAULT false NOT NULL
+);
+
+CREATE TABLE noetl.playbook_stats (
+    catalog_id bigint NOT NULL,
+    day date NOT NULL,
+    runs bigint DEFAULT 0 NOT NULL,
+    completed bigint DEFAULT 0 NOT NULL,
+    failed bigint DEFAULT 0 NOT NULL,
+    cancelled bigint DEFAULT 0 NOT NULL,
+    duration_ms_sum bigint DEFAULT 0 NOT NULL,
+    duration_hist bigint[] DEFAULT '{0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0}'::bigint[] NOT NULL
+);
+
+CREATE TABLE noetl.projector_reject (
+    stream text NOT NULL,
+    stream_seq bigint NOT NULL,
+    consumer text NOT NULL,
+    subject text NOT NULL,
+    msg_id text,
+    execution_id bigint,
+    event_id bigint,
+    reason text NOT NULL,
+    error text NOT NULL,
+    deliveries integer NOT NULL,
+    headers jsonb,
+    body bytea NOT NULL,
+    received_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+CREATE TABLE noetl.resource (
+    name text NOT NULL,
+    meta jsonb
+);
+
+CREATE TABLE noetl.runtime (
+    runtime_id bigint DEFAULT noetl.snowflake_id() NOT NULL,
+    kind text NOT NULL,
+    name text NOT NULL,
+    uri text,
+    status text NOT NULL,
+    labels jsonb,
+    capabilities jsonb,
+    runtime jsonb,
+    capacity integer,
+    heartbeat timestamp with time zone DEFAULT now() NOT NULL,
+    lease_holder text,
+    lease_until timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+CREATE SEQUENCE noetl.snowflake_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+CREATE TABLE noetl.step_run (
+    execution_id bigint NOT NULL,
+    command_id bigint NOT NULL,
+    step_name text,
+    tool_kind text,
+    status text NOT NULL,
+    status_event_id bigint NOT NULL,
+    attempt integer DEFAULT 0 NOT NULL,
+    worker_id text,
+    issued_at timestamp with time zone,
+    claimed_at timestamp with time zone,
+    started_at timestamp with time zone,
+    ended_at timestamp with time zone,
+    duration_ms bigint,
+    error text,
+    last_event_id bigint NOT NULL
+);
+
+CREATE TABLE noetl.transient (
+    execution_id bigint NOT NULL,
+    var_name text NOT NULL,
+    var_type text NOT NULL,
+    var_value jsonb NOT NULL,
+    source_step text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    accessed_at timestamp with time zone DEFAULT now() NOT NULL,
+    access_count integer DEFAULT 0 NOT NULL
+);
+
+CREATE VIEW noetl.v_dead_letters AS
+ SELECT 'outbox'::text AS source,
+    (d.outbox_id)::text AS dead_key,
+    d.execution_id,
+    d.source_id AS event_id,
+    d.kind,
+    COALESCE(d.subject, d.msg_id) AS subject,
+    d.reason,
+    "left"(d.last_error, 500) AS error,
+    d.attempts,
+    d.dead_at
+   FROM noetl.event_outbox_dead d
+UNION ALL
+ SELECT 'projector'::text AS source,
+    ((r.stream || ':'::text) || r.stream_seq) AS dead_key,
+    r.execution_id,
+    r.event_id,
+    'event'::text AS kind,
+    r.subject,
+    r.reason,
+    "left"(r.error, 500) AS error,
+    r.deliveries AS attempts,
+    r.received_at AS dead_at
+   FROM noetl.projector_reject r
+  ORDER BY 10 DESC;
+
+CREATE VIEW noetl.v_outbox_backlog AS
+ SELECT kind,
+    lane,
+    count(*) AS pending,
+    count(*) FILTER (WHERE (available_at <= now())) AS due,
+    count(*) FILTER (WHERE (attempts > 0)) AS retrying,
+    max(attempts) AS max_attempts,
+    min(created_at) AS oldest_created_at,
+    round(EXTRACT(epoch FROM (now() - min(created_at))), 3) AS oldest_seconds
+   FROM noetl.event_outbox o
+  GROUP BY kind, lane
+  ORDER BY kind, lane;
+
+CREATE VIEW noetl.v_pending_commands AS
+ SELECT execution_id,
+    command_id,
+    event_id,
+    step_name,
+    tool_kind,
+    pool,
+    status,
+    attempts,
+    worker_id,
+    created_at,
+    (now() - created_at) AS age,
+    claimed_at,
+    heartbeat_at,
+    notify_count,
+    notified_at
+   FROM noetl.command c
+  WHERE (status = ANY (ARRAY['PENDING'::text, 'CLAIMED'::text, 'RUNNING'::text]))
+  ORDER BY created_at;
+
+CREATE VIEW noetl.v_recent_events AS
+ SELECT event_id,
+    execution_id,
+    created_at,
+    event_type,
+    node_name,
+    status,
+    command_id,
+    worker_id,
+    duration,
+    "left"(error, 200) AS error
+   FROM noetl.event e
+  WHERE (event_id >= noetl.snowflake_floor((now() - '01:00:00'::interval)))
+  ORDER BY event_id DESC
+ LIMIT 1000;
+
+ALTER TABLE ONLY noetl.event ATTACH PARTITION noetl.event_default DEFAULT;
+
+ALTER TABLE ONLY noetl.alembic_version
+    ADD CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num);
+
+ALTER TABLE ONLY noetl.catalog
+    ADD CONSTRAINT catalog_path_version_key UNIQUE (path, version);
+
+ALTER TABLE ONLY noetl.catalog
+    ADD CONSTRAINT catalog_pkey PRIMARY KEY (catalog_id);
+
+ALTER TABLE ONLY noetl.command
+    ADD CONSTRAINT command_pkey PRIMARY KEY (execution_id, command_id);
+
+ALTER TABLE ONLY noetl.credential
+    ADD CONSTRAINT credential_name_key UNIQUE (name);
+
+ALTER TABLE ONLY noetl.credential
+    ADD CONSTRAINT credential_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY noetl.event
+    ADD CONSTRAINT event_pkey PRIMARY KEY (execution_id, event_id);
+
+ALTER TABLE ONLY noetl.event_batch
+    ADD CONSTRAINT event_batch_pkey PRIMARY KEY (execution_id, request_id);
+
+ALTER TABLE ONLY noetl.event_default
+    ADD CONSTRAINT event_default_pkey PRIMARY KEY (execution_id, event_id);
+
+ALTER TABLE ONLY noetl.event_outbox_dead
+    ADD CONSTRAINT event_outbox_dead_pkey PRIMARY KEY (execution_id, outbox_id);
+
+ALTER TABLE ONLY noetl.event_outbox
+    ADD CONSTRAINT event_outbox_pkey PRIMARY KEY (execution_id, outbox_id);
+
+ALTER TABLE ONLY noetl.execution
+    ADD CONSTRAINT execution_pkey PRIMARY KEY (execution_id);
+
+ALTER TABLE ONLY noetl.execution_summary
+    ADD CONSTRAINT execution_summary_pkey PRIMARY KEY (execution_id);
+
+ALTER TABLE ONLY noetl.keychain
+    ADD CONSTRAINT keychain_pkey PRIMARY KEY (cache_key);
+
+ALTER TABLE ONLY noetl.playbook_stats
+    ADD CONSTRAINT playbook_stats_pkey PRIMARY KEY (catalog_id, day);
+
+ALTER TABLE ONLY noetl.projector_reject
+    ADD CONSTRAINT projector_reject_pkey PRIMARY KEY (stream, stream_seq);
+
+ALTER TABLE ONLY noetl.resource
+    ADD CONSTRAINT resource_pkey PRIMARY KEY (name);
+
+ALTER TABLE ONLY noetl.runtime
+    ADD CONSTRAINT runtime_kind_name_key UNIQUE (kind, name);
+
+ALTER TABLE ONLY noetl.runtime
+    ADD CONSTRAINT runtime_pkey PRIMARY KEY (runtime_id);
+
+ALTER TABLE ONLY noetl.step_run
+    ADD CONSTRAINT step_run_pkey PRIMARY KEY (execution_id, command_id);
+
+ALTER TABLE ONLY noetl.transient
+    ADD CONSTRAINT transient_pkey PRIMARY KEY (execution_id, var_name);
+
+CREATE INDEX catalog_created_at_idx ON noetl.catalog USING btree (created_at DESC);
+
+CREATE INDEX catalog_kind_idx ON noetl.catalog USING btree (kind);
+
+CREATE INDEX command_event_id_idx ON noetl.command USING btree (event_id);
+
+CREATE INDEX command_open_idx ON noetl.command USING btree (status, notified_at) WHERE (status = ANY (ARRAY['PENDING'::text, 'CLAIMED'::text, 'RUNNING'::text]));
+
+CREATE INDEX credential_type_idx ON noetl.credential USING btree (type);
+
+CREATE INDEX event_command_idx ON ONLY noetl.event USING btree (execution_id, command_id) WHERE (command_id IS NOT NULL);
+
+CREATE INDEX event_type_idx ON ONLY noetl.event USING btree (execution_id, event_type, event_id DESC);
+
+CREATE UNIQUE INDEX event_producer_event_id_key ON ONLY noetl.event USING btree (execution_id, producer_event_id) WHERE (producer_event_id IS NOT NULL);
+
+CREATE INDEX event_parent_execution_idx ON ONLY noetl.event USING btree (parent_execution_id) WHERE (parent_execution_id IS NOT NULL);
+
+CREATE UNIQUE INDEX event_batch_idempotency_key ON noetl.event_batch USING btree (execution_id, idempotency_key) WHERE (idempotency_key IS NOT NULL);
+
+CREATE INDEX event_batch_open_idx ON noetl.event_batch USING btree (state) WHERE (state = ANY (ARRAY['accepted'::text, 'processing'::text]));
+
+CREATE INDEX event_default_execution_id_command_id_idx ON noetl.event_default USING btree (execution_id, command_id) WHERE (command_id IS NOT NULL);
+
+CREATE INDEX event_default_execution_id_event_type_event_id_idx ON noetl.event_default USING btree (execution_id, event_type, event_id DESC);
+
+CREATE UNIQUE INDEX event_default_execution_id_producer_event_id_idx ON noetl.event_default USING btree (execution_id, producer_event_id) WHERE (producer_event_id IS NOT NULL);
+
+CREATE INDEX event_default_parent_execution_id_idx ON noetl.event_default USING btree (parent_execution_id) WHERE (parent_execution_id IS NOT NULL);
+
+CREATE INDEX event_outbox_dead_dead_at_idx ON noetl.event_outbox_dead USING btree (dead_at);
+
+CREATE INDEX event_outbox_lane_idx ON noetl.event_outbox USING btree (lane, outbox_id);
+
+CREATE INDEX execution_catalog_idx ON noetl.execution USING btree (catalog_id, execution_id DESC);
+
+CREATE INDEX execution_open_idx ON noetl.execution USING btree (status) WHERE (status = ANY (ARRAY['RUNNING'::text, 'PAUSED'::text]));
+
+CREATE INDEX execution_parent_idx ON noetl.execution USING btree (parent_execution_id) WHERE (parent_execution_id IS NOT NULL);
+
+CREATE INDEX execution_summary_catalog_idx ON noetl.execution_summary USING btree (catalog_id, execution_id DESC);
+
+CREATE INDEX execution_summary_parent_idx ON noetl.execution_summary USING btree (parent_execution_id) WHERE (parent_execution_id IS NOT NULL);
+
+CREATE INDEX execution_summary_status_idx ON noetl.execution_summary USING btree (status, execution_id DESC);
+
+CREATE INDEX keychain_execution_idx ON noetl.keychain USING btree (execution_id);
+
+CREATE INDEX keychain_expires_at_idx ON noetl.keychain USING btree (expires_at);
+
+CREATE INDEX step_run_step_idx ON noetl.step_run USING btree (execution_id, step_name);
+
+ALTER INDEX noetl.event_command_idx ATTACH PARTITION noetl.event_default_execution_id_command_id_idx;
+
+ALTER INDEX noetl.event_type_idx ATTACH PARTITION noetl.event_default_execution_id_event_type_event_id_idx;
+
+ALTER INDEX noetl.event_producer_event_id_key ATTACH PARTITION noetl.event_default_execution_id_producer_event_id_idx;
+
+ALTER INDEX noetl.event_parent_execution_idx ATTACH PARTITION noetl.event_default_parent_execution_id_idx;
+
+ALTER INDEX noetl.event_pkey ATTACH PARTITION noetl.event_default_pkey;
+
+CREATE TRIGGER command_outbox_trg AFTER INSERT ON noetl.command REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION noetl.command_outbox_trigger();
+
+CREATE TRIGGER event_notify_trg AFTER INSERT ON noetl.event REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION noetl.event_notify_trigger();
+
+CREATE TRIGGER event_outbox_trg AFTER INSERT ON noetl.event REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION noetl.event_outbox_trigger();
+
+ALTER TABLE ONLY noetl.catalog
+    ADD CONSTRAINT catalog_kind_fkey FOREIGN KEY (kind) REFERENCES noetl.resource(name);
+
+ALTER TABLE ONLY noetl.keychain
+    ADD CONSTRAINT keychain_catalog_id_fkey FOREIGN KEY (catalog_id) REFERENCES noetl.catalog(catalog_id);
