@@ -16,7 +16,12 @@ from core.ids import EPOCH_MS, make_id
 from core.shard import shard_for
 from core.timefmt import rfc3339
 
-START_TYPES = ("playbook.initialized", "workflow.initialized", "playbook.started", "playbook_started")
+START_TYPES = (
+    "playbook.initialized",
+    "workflow.initialized",
+    "playbook.started",
+    "playbook_started",
+)
 TERMINALS = (
     ("playbook.completed", "COMPLETED"),
     ("workflow.completed", "COMPLETED"),
