@@ -28,7 +28,9 @@ def upgrade() -> None:
     apply(*SQL_FILES)
 
 
-DOWNGRADE_SQL_FILES: dict[str, str] = {"downgrade_foundation.sql": "12c252188a3d759963bbfd8d3768223410c941b2e101d2b748b4a06c3f0ced6c"}
+DOWNGRADE_SQL_FILES: dict[str, str] = {
+    "downgrade_foundation.sql": "12c252188a3d759963bbfd8d3768223410c941b2e101d2b748b4a06c3f0ced6c"
+}
 
 
 def downgrade() -> None:
