@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -54,7 +55,13 @@ def _run_as() -> str | None:
         return None
     package = _pg_package()
     package.utils.ensure_user_exists(_PG_USER)
-    package.utils.ensure_prefix_permissions(package._commands.POSTGRES_BIN_PATH)
+    bin_path = package._commands.POSTGRES_BIN_PATH
+    package.utils.ensure_prefix_permissions(bin_path)
+    # as the wheel's own server class does: the server user must read and run the install
+    readable = stat.S_IRGRP | stat.S_IROTH
+    package.utils.ensure_folder_permissions(bin_path, readable | stat.S_IXGRP | stat.S_IXOTH)
+    for folder in ("lib", "share"):
+        package.utils.ensure_folder_permissions(bin_path.parent / folder, readable)
     return _PG_USER
 
 
@@ -123,22 +130,15 @@ class EmbeddedPostgres:
             shutil.rmtree(self.pgdata)
         self.pgdata.mkdir(mode=0o700)
         _chown(self.pgdata, self.user)
-        subprocess.run(
-            [
-                _pg_bin("initdb"),
-                "-D",
-                str(self.pgdata),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--no-sync",
-                "--locale=C",
-            ],
-            check=True,
+        args = ["-D", str(self.pgdata), "-U", "postgres", "--auth=trust", "--encoding=UTF8"]
+        done = subprocess.run(
+            [_pg_bin("initdb"), *args, "--no-sync", "--locale=C"],
             user=self.user,
             capture_output=True,
+            text=True,
         )
+        if done.returncode != 0:
+            raise EmbeddedError(f"initdb failed ({done.returncode}): {done.stderr.strip()}")
 
     def _wait_ready(self, timeout: float) -> None:
         assert self.proc is not None
