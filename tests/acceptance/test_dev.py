@@ -3,12 +3,16 @@ SIGTERM within 15 s with status 0, and a second run reuses the data folder."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from core.embedded import EmbeddedPostgres, free_port
 from core.schema import database_revision, package_revision
@@ -49,8 +53,19 @@ def _run_dev_once(data_dir: Path) -> None:
     assert "NOETL_INTERNAL_API_TOKEN=" in out
 
 
-def test_dev_starts_serves_and_stops(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+@pytest.fixture
+def dev_dir() -> Iterator[Path]:
+    # not pytest's tmp_path: a pytest session starting elsewhere resets /tmp/pytest-of-<user>
+    # to 0700, which would lock the unprivileged Postgres user out of its data mid-run
+    path = Path(tempfile.mkdtemp(prefix="noetl-dev-test-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_dev_starts_serves_and_stops(dev_dir: Path) -> None:
+    data_dir = dev_dir / "data"
     _run_dev_once(data_dir)
     token = (data_dir / "internal_token").read_text()
     assert (data_dir / "internal_token").stat().st_mode & 0o777 == 0o600
