@@ -44,8 +44,21 @@ def listener(db_url: str) -> Iterator[psycopg.Connection]:
         yield c
 
 
-def _notes(listener: psycopg.Connection, channel: str, timeout: float = 1.5) -> list:
-    return [n for n in listener.notifies(timeout=timeout, stop_after=50) if n.channel == channel]
+SENTINEL = "sentinel"
+
+
+def _notes(listener: psycopg.Connection, channel: str, timeout: float = 10.0) -> list:
+    """Notifications on `channel` committed so far: a sentinel NOTIFY sent now arrives after
+    every earlier commit's notifications, so reading up to it needs no guessed wait."""
+    with psycopg.connect(listener.info.dsn, autocommit=True) as other:
+        other.execute("SELECT pg_notify(%s, %s)", (channel, SENTINEL))
+    found = []
+    for note in listener.notifies(timeout=timeout):
+        if note.channel == channel and note.payload == SENTINEL:
+            return found
+        if note.channel == channel:
+            found.append(note)
+    raise AssertionError(f"sentinel on {channel} not received within {timeout}s")
 
 
 def _execution(conn: psycopg.Connection, pool: str = "default") -> tuple[int, int]:
@@ -71,7 +84,7 @@ def test_thousand_events_one_statement_one_notification(
     conn: psycopg.Connection, listener: psycopg.Connection
 ) -> None:
     catalog_id, execution_id = _execution(conn)
-    _notes(listener, "noetl_outbox", timeout=0.2)  # drain anything from the setup
+    _notes(listener, "noetl_outbox")  # drain anything from the setup
     events = [
         {
             "execution_id": str(execution_id),
@@ -120,7 +133,7 @@ def test_rolled_back_append_leaves_no_rows_and_no_notification(
     conn: psycopg.Connection, listener: psycopg.Connection
 ) -> None:
     _, execution_id = _execution(conn)
-    _notes(listener, "noetl_outbox", timeout=0.2)
+    _notes(listener, "noetl_outbox")
     with conn.transaction(force_rollback=True):
         _append(
             conn,
@@ -137,14 +150,14 @@ def test_rolled_back_append_leaves_no_rows_and_no_notification(
     assert conn.execute("SELECT count(*) AS n FROM noetl.event_outbox").fetchone()["n"] == 0
     assert conn.execute("SELECT count(*) AS n FROM noetl.event").fetchone()["n"] == 0
     assert _notes(listener, "noetl_outbox") == []
-    assert _notes(listener, "noetl_event", timeout=0.2) == []
+    assert _notes(listener, "noetl_event") == []
 
 
 def test_outbox_suppress_skips_the_outbox_only(
     conn: psycopg.Connection, listener: psycopg.Connection
 ) -> None:
     _, execution_id = _execution(conn)
-    _notes(listener, "noetl_outbox", timeout=0.2)
+    _notes(listener, "noetl_outbox")
     with conn.transaction():
         conn.execute("SELECT set_config('noetl.outbox_suppress', 'on', true)")
         _append(
@@ -159,7 +172,7 @@ def test_outbox_suppress_skips_the_outbox_only(
             ],
         )
     assert conn.execute("SELECT count(*) AS n FROM noetl.event_outbox").fetchone()["n"] == 0
-    assert _notes(listener, "noetl_outbox", timeout=0.5) == []
+    assert _notes(listener, "noetl_outbox") == []
 
 
 def test_event_notification_per_execution(
@@ -167,7 +180,7 @@ def test_event_notification_per_execution(
 ) -> None:
     _, first = _execution(conn)
     _, second = _execution(conn)
-    _notes(listener, "noetl_event", timeout=0.2)
+    _notes(listener, "noetl_event")
     rows = _append(
         conn,
         [
@@ -214,7 +227,7 @@ def test_command_rows_become_command_notifications(
         ],
     )
     conn.execute("DELETE FROM noetl.event_outbox")
-    _notes(listener, "noetl_outbox", timeout=0.2)
+    _notes(listener, "noetl_outbox")
 
     conn.execute(
         """INSERT INTO noetl.command (execution_id, command_id, event_id, catalog_id, step_name,
