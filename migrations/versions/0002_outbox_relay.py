@@ -13,10 +13,10 @@ depends_on = None
 
 # file name -> sha256 at the time this revision was written (see tests/test_migrations.py)
 SQL_FILES: dict[str, str] = {
-    "outbox.sql": "bfbe74a9e2abaab62077018d1c40dd68613809eb22c97847694ae9cab2f3fb6c"
+    "outbox.sql": "b4213ed9cf2233f281cfc165084a654993e5f24bcfc2fb7082b0ce46459e9ecc"
 }
 DOWNGRADE_SQL_FILES: dict[str, str] = {
-    "downgrade_outbox.sql": "6646003acbea4a08d476a0353be72e88d4a627dbb43870a0841408dd9e9a27f4"
+    "downgrade_outbox.sql": "c8de474391a8f7bcee062e8b1de8cc714d1d22d4fd737109a47dba3c138f6995"
 }
 
 
