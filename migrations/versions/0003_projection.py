@@ -13,10 +13,10 @@ depends_on = None
 
 # file name -> sha256 at the time this revision was written (see tests/test_migrations.py)
 SQL_FILES: dict[str, str] = {
-    "projection.sql": "7f87ef458ebabc8eedb98c49e2400b201979897275417571dce74b96ffcca64c"
+    "projection.sql": "0f38736986ec3e30474b40265d337a85f33720643057978b8a8d0f6a7ae6763b"
 }
 DOWNGRADE_SQL_FILES: dict[str, str] = {
-    "downgrade_projection.sql": "06fcac1e62bc5488d30689208886c902346e4996aff10ba4223b222ebab490d7"
+    "downgrade_projection.sql": "b057acaafb4f4b72261ec24c5ed0d67ad6d34f089e43a7c52e766ab8278d58cf"
 }
 
 
