@@ -4,6 +4,7 @@ scratch venv to prove that core/paths.py then finds sql/ and migrations/."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -69,9 +70,16 @@ def test_dockerfile_is_multi_stage_slim_non_root_with_the_entrypoint() -> None:
 def test_build_context_keeps_what_the_image_needs_and_nothing_secret() -> None:
     files = _repo_files()
     context = set(build_context(files))
-    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    for package in packages["packages"]:
-        init = package.replace(".", "/") + "/__init__.py"
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns = setuptools["packages"]["find"]["include"]
+    packaged = {
+        f
+        for f in files
+        if f.endswith("/__init__.py")
+        and any(fnmatch.fnmatch(f[: -len("/__init__.py")].replace("/", "."), p) for p in patterns)
+    }
+    assert {"core/__init__.py", "app/__init__.py", "workers/__init__.py"} <= packaged
+    for init in packaged:
         assert init in context, f"{init} is ignored but pyproject.toml packages it"
     for needed in ("pyproject.toml", "README.md", "core/paths.py"):
         assert needed in context, needed
