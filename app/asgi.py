@@ -1,62 +1,83 @@
-"""The server's Falcon ASGI app."""
+"""The server's Falcon ASGI app: one route table mounted, documented and secured in one place.
+
+To add routes (the engine issue: executions, events, commands, dashboard), write a module in
+app/resources/ with `routes(state) -> list[Route]` and add it to `MODULES`; its routes then
+appear in the router, the OpenAPI document and the runtime contract together.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import logging
+from typing import Any
 
 import falcon
 import falcon.asgi
-import psycopg
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
+from app import errors
+from app.middleware import Lifespan, RequestMiddleware
+from app.resources import (
+    catalog,
+    commands,
+    credentials,
+    dashboard,
+    events,
+    executions,
+    health,
+    keychain,
+    runtime,
+    streams,
+    workers,
+)
+from app.routing import Op, Route
+from app.state import State
 from core.metrics import mark_build
-from core.schema import database_revision_async, package_revision
 from core.settings import Settings
 
-log = logging.getLogger(__name__)
+MODULES = (
+    health,
+    catalog,
+    credentials,
+    keychain,
+    workers,
+    executions,
+    events,
+    commands,
+    dashboard,
+    streams,
+)
 
 
-class Livez:
-    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        resp.media = {"status": "ok"}
+def route_table(state: State) -> list[Route]:
+    table: list[Route] = []
+    for module in MODULES:
+        table += module.routes(state)
+    table += runtime.routes(state, table)
+    return table
 
 
-class Health:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-
-    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        checks: dict[str, str] = {}
-        try:
-            async with asyncio.timeout(1.0):
-                conn = await psycopg.AsyncConnection.connect(self.settings.database_url)
-                async with conn:
-                    await conn.execute("SELECT 1")
-                    checks["database"] = "ok"
-                    found = await database_revision_async(conn)
-                    checks["schema"] = "ok" if found == package_revision() else "failing"
-        except (TimeoutError, psycopg.Error):
-            checks.setdefault("database", "failing")
-        ok = all(v == "ok" for v in checks.values())
-        resp.status = falcon.HTTP_200 if ok else falcon.HTTP_503
-        resp.media = {"status": "ok" if ok else "unavailable", "role": "server", "checks": checks}
-
-
-class Metrics:
-    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        resp.content_type = CONTENT_TYPE_LATEST
-        resp.data = generate_latest(registry)
-
-
-def create_app(settings: Settings) -> falcon.asgi.App:
-    app = falcon.asgi.App()
+def create_app(settings: Settings, state: State | None = None) -> falcon.asgi.App:
+    """Raises TokenConfigError or KeyConfigError for settings the server must refuse."""
+    state = state or State.build(settings)
+    table = route_table(state)
+    ops: dict[tuple[str, str], Op] = {
+        (route.path, method): op
+        for route in table
+        if route.sink is None
+        for method, op in route.ops.items()
+    }
+    middleware: list[Any] = [Lifespan(state), RequestMiddleware(state, ops)]
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:
+        middleware.insert(
+            0, falcon.CORSMiddleware(allow_origins="*" if "*" in origins else origins)
+        )
+    app = falcon.asgi.App(middleware=middleware)
+    app.req_options.strip_url_path_trailing_slash = True
+    errors.install(app)
+    for route in table:
+        if route.sink is not None:
+            app.add_sink(route.resource, route.sink)
+        else:
+            app.add_route(route.path, route.resource)
+    state.routes = table
     mark_build("server")
-    health = Health(settings)
-    app.add_route("/livez", Livez())
-    app.add_route("/health", health)
-    app.add_route("/api/health", health)
-    app.add_route("/metrics", Metrics())
     return app

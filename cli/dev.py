@@ -17,15 +17,19 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import httpx
+
+from cli.system_playbooks import register_examples, register_system_playbooks
 from core.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from core.migrate import upgrade
 from core.settings import Settings
 
 log = logging.getLogger("noetl.dev")
 ROLES = ("server", "publisher", "projector", "system")
+EXAMPLES_WAIT_SECONDS = 120.0
 STOP_BUDGET_SECONDS = 12.0  # of the 15 s a user waits for Ctrl-C; the servers take the rest
 
 
@@ -77,6 +81,11 @@ def run_dev(settings: Settings, data_dir_arg: str | None) -> int:
         nats.start()
         database_url = postgres.url("noetl")
         upgrade(database_url)
+        # as `noetl-server migrate` does; the key is the one the children will use
+        register_system_playbooks(
+            database_url,
+            replace(settings, data_dir=str(data_dir), allow_insecure_default_key=True),
+        )
         server_url = f"http://127.0.0.1:{ports['server']}"
         env = dict(os.environ)
         env.update(
@@ -108,6 +117,9 @@ def run_dev(settings: Settings, data_dir_arg: str | None) -> int:
             )
             children.append(Child(role, proc))
         _announce(server_url, token, database_url, nats.url, ports)
+        threading.Thread(
+            target=_register_examples, args=(server_url, token, stop), daemon=True
+        ).start()
         code = _supervise(children, stop)
     finally:
         _stop_children(children)
@@ -132,6 +144,26 @@ def _announce(server_url: str, token: str, database_url: str, nats_url: str, por
         "",
     ]
     print("\n".join(lines), flush=True)
+
+
+def _register_examples(server_url: str, token: str, stop: threading.Event) -> None:
+    """examples/ through the API, once the server answers its health check."""
+    deadline = time.monotonic() + EXAMPLES_WAIT_SECONDS
+    while not stop.is_set() and time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{server_url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        stop.wait(0.5)
+    else:
+        return
+    try:
+        paths = register_examples(server_url, token)
+    except httpx.HTTPError as exc:
+        print(f"noetl-server dev: examples not registered: {exc}", file=sys.stderr, flush=True)
+        return
+    print(f"Examples registered: {', '.join(paths)}", flush=True)
 
 
 def _supervise(children: list[Child], stop: threading.Event) -> int:

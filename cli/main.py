@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     role = args.mode or args.command or "cli"
     setup_logging(role, settings.log_level, settings.log_format)
     if args.command == "migrate":
-        return _migrate(args.database_url or settings.database_url)
+        return _migrate(args.database_url or settings.database_url, settings)
     if args.command == "check-schema":
         return _check_schema(args.database_url or settings.database_url)
     if args.command == "dev":
@@ -84,11 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     return run_role(args.mode, settings)
 
 
-def _migrate(url: str) -> int:
+def _migrate(url: str, settings: Settings) -> int:
+    from cli.system_playbooks import register_system_playbooks
     from core.migrate import upgrade
 
     upgrade(url)
     log.info("migrated", extra={"database": mask_url(url), "revision": package_revision()})
+    register_system_playbooks(url, settings)
     return 0
 
 

@@ -1,7 +1,7 @@
-"""The system role (placeholder until its issue lands: connects and reports health)."""
+"""The system role: the system worker pool daemon (workers/system/pool.py) and its tools."""
 
 from __future__ import annotations
 
-from workers.placeholder import idle_main
+from workers.system.pool import main
 
-main = idle_main(database=False)
+__all__ = ["main"]
