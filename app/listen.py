@@ -103,6 +103,8 @@ class Hub:
                 raise
             except Exception as exc:  # any failure means: reconnect after a pause
                 log.warning("listen connection lost", extra={"error": str(exc)[:200]})
+            if self.connected.is_set():
+                backoff = 0.5  # that session worked: back off only on repeated failures
             self._conn = None
             self.connected.clear()
             await asyncio.sleep(backoff)
