@@ -269,6 +269,35 @@ def _wsgi_bare(wrk: str | None, workdir: Path) -> float | None:
         _stop(proc)
 
 
+def start_server(workdir: Path, database_url: str) -> tuple[subprocess.Popen, str]:
+    """The real server (gunicorn, NOETL_SERVER_WORKERS workers) on a free port, once healthy;
+    its log goes to workdir/server.log."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "NOETL_DATABASE_URL": database_url,
+        "NOETL_HOST": "127.0.0.1",
+        "NOETL_PORT": str(port),
+        "NOETL_SERVER_WORKERS": WORKERS,
+        "NOETL_ENCRYPTION_KEY": KEY,
+        "NOETL_LOG_LEVEL": "WARNING",
+        "NOETL_DATA_DIR": str(workdir),
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log = open(workdir / "server.log", "wb")  # noqa: SIM115 - owned by the child
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "--mode=server"],
+        env=env,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+    log.close()
+    base = f"http://127.0.0.1:{port}"
+    _wait_ok(f"{base}/health", proc)
+    return proc, base
+
+
 def main() -> int:
     wrk = _ensure_wrk()
     generator = "wrk" if wrk else "python-asyncio (wrk not available: rates are understated)"
@@ -279,29 +308,7 @@ def main() -> int:
         postgres.start()
         database_url = postgres.url("noetl")
         upgrade(database_url)
-        port = free_port()
-        env = {
-            **os.environ,
-            "NOETL_DATABASE_URL": database_url,
-            "NOETL_HOST": "127.0.0.1",
-            "NOETL_PORT": str(port),
-            "NOETL_SERVER_WORKERS": WORKERS,
-            "NOETL_ENCRYPTION_KEY": KEY,
-            "NOETL_LOG_LEVEL": "WARNING",
-            "NOETL_DATA_DIR": str(workdir),
-        }
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        log = open(workdir / "server.log", "wb")  # noqa: SIM115 - owned by the child
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "--mode=server"],
-            env=env,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-        log.close()
-        base = f"http://127.0.0.1:{port}"
-        _wait_ok(f"{base}/health", proc)
+        proc, base = start_server(workdir, database_url)
         _seed(base)
         routes = {
             "bare": ("GET", "/livez", None),

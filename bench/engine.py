@@ -35,8 +35,8 @@ from typing import Any
 import httpx
 import psycopg
 
-from bench.api import KEY, _stop, _wait_ok
-from core.embedded import EmbeddedPostgres, free_port
+from bench.api import _stop, start_server
+from core.embedded import EmbeddedPostgres
 from core.migrate import upgrade
 from tests.execution.worker import TestWorker
 
@@ -239,29 +239,7 @@ def main() -> int:
         postgres.start()
         database_url = postgres.url("noetl")
         upgrade(database_url)
-        port = free_port()
-        env = {
-            **os.environ,
-            "NOETL_DATABASE_URL": database_url,
-            "NOETL_HOST": "127.0.0.1",
-            "NOETL_PORT": str(port),
-            "NOETL_SERVER_WORKERS": WORKERS,
-            "NOETL_ENCRYPTION_KEY": KEY,
-            "NOETL_LOG_LEVEL": "WARNING",
-            "NOETL_DATA_DIR": str(workdir),
-        }
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        log = open(workdir / "server.log", "wb")  # noqa: SIM115 - owned by the child
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "--mode=server"],
-            env=env,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-        log.close()
-        base = f"http://127.0.0.1:{port}"
-        _wait_ok(f"{base}/health", proc)
+        proc, base = start_server(workdir, database_url)
         line = asyncio.run(run(base, database_url))
     except BaseException:
         server_log = workdir / "server.log"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 
 import nats
-import psycopg
 from nats.aio.client import Client as NATS
 
 from core.settings import Settings
@@ -38,9 +37,3 @@ async def connect_nats(settings: Settings, name: str) -> NATS:
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
     )
-
-
-async def pg_ping(url: str) -> bool:
-    async with await psycopg.AsyncConnection.connect(url, connect_timeout=2) as conn:
-        await conn.execute("SELECT 1")
-    return True
