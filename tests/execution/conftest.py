@@ -11,36 +11,19 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import falcon.testing
 import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from app.asgi import create_app
-from app.state import State
-from core.settings import Settings
 from tests.execution.worker import Handler, TestWorker, default_handler
-from tests.server.conftest import Client, server_env
+from tests.server.conftest import Client, make_client, server_env  # noqa: F401 - fixture
 
 PLAYBOOKS = Path(__file__).resolve().parent.parent / "playbooks"
 
 
 @pytest.fixture
-def make_api(db_url: str, tmp_path: Path) -> Callable[..., Any]:
-    @asynccontextmanager
-    async def make(**extra: str) -> AsyncIterator[Client]:
-        settings = Settings.from_env(server_env(db_url, tmp_path, **extra))
-        state = State.build(settings)
-        app = create_app(settings, state)
-        async with falcon.testing.ASGIConductor(app) as conductor:
-            yield Client(conductor, state)
-
-    return make
-
-
-@pytest.fixture
-async def api(make_api: Callable[..., Any]) -> AsyncIterator[Client]:
-    async with make_api() as client:
+async def api(make_client: Callable[..., Any]) -> AsyncIterator[Client]:  # noqa: F811 - the imported fixture
+    async with make_client() as client:
         yield client
 
 

@@ -56,8 +56,8 @@ def done_result(data: Any) -> dict[str, Any]:
     return {"status": "success", "context": {"status": "success", "data": data, "error": None}}
 
 
-async def test_fifty_concurrent_claims_one_wins(make_api: Any, db_url: str) -> None:
-    async with make_api(NOETL_DB_POOL_MAX="8") as api:
+async def test_fifty_concurrent_claims_one_wins(make_client: Any, db_url: str) -> None:
+    async with make_client(NOETL_DB_POOL_MAX="8") as api:
         await register_playbook(api, "two_step")
         started = await execute(api, "tests/two_step")
         [command] = pending_commands(db_url, started["execution_id"])

@@ -31,13 +31,13 @@ workflow:
 
 
 async def test_a_dead_workers_command_is_renotified_and_completed_by_another(
-    make_api: Any, db_url: str
+    make_client: Any, db_url: str
 ) -> None:
     settings = {
         "NOETL_COMMAND_CLAIM_LEASE_SECONDS": "1",
         "NOETL_COMMAND_WORKER_HEARTBEAT_STALE_SECONDS": "1",
     }
-    async with make_api(**settings) as api:
+    async with make_client(**settings) as api:
         await register_playbook(api, "two_step")
         started = await execute(api, "tests/two_step")
         execution_id = started["execution_id"]
